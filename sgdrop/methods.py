@@ -23,7 +23,7 @@ METHODS: dict[str, tuple[type[RegularizedClassifier], dict[str, str]]] = {
 }
 
 
-def build_method(name: str, encoder: nn.Module, head: nn.Module, **options: Any) -> RegularizedClassifier:
+def build_method(name: str, encoder: nn.Module, head: nn.Module, /, **options: Any) -> RegularizedClassifier:
     """Wrap `(encoder, head)` in method `name`; `options` may hold every `method.*` key, each method
     takes the ones it uses (so one config section serves all methods)."""
     if name not in METHODS:

@@ -9,7 +9,8 @@
 
 (w = width.) `small_input` removes one downsampling so the last map stays at least 4x4 at 64 px:
 on a 2x2 map, rho-masking and the attribution area are too coarse to mean anything (SPEC.md).
-The head is everything after the feature map (pooling and classifier). It has no dropout unless
+The head is everything after the feature map (pooling and classifier); with `small_input` the VGG
+head pools to 4x4 instead of torchvision's 7x7, so it does not upsample the small map. It has no dropout unless
 `head_dropout` is set, so that a comparison of methods isolates the regularizer.
 """
 
@@ -66,9 +67,10 @@ def _vgg(arch, num_classes, width, batch_norm, small_input, head_dropout):
     encoder = tv_vgg.make_layers(cfg, batch_norm=batch_norm)
     channels = [v for v in cfg if v != "M"][-1]
     hidden = max(64, int(round(4096 * width)))
+    pool = 4 if small_input else 7  # the map's own size (4x4 at 64 px, 7x7 at 224 px): no upsampling
     head = nn.Sequential(
-        nn.AdaptiveAvgPool2d((7, 7)), nn.Flatten(1),
-        nn.Linear(channels * 49, hidden), nn.ReLU(True), nn.Dropout(head_dropout),
+        nn.AdaptiveAvgPool2d((pool, pool)), nn.Flatten(1),
+        nn.Linear(channels * pool * pool, hidden), nn.ReLU(True), nn.Dropout(head_dropout),
         nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(head_dropout),
         nn.Linear(hidden, num_classes),
     )
