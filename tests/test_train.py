@@ -129,3 +129,22 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert len(result["history"]) == 3
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert leftovers == [], "only rank 0 writes, and atomically"
+
+
+IMAGENETTE = Path(os.environ.get("SGDROP_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.mark.imagenette
+@pytest.mark.skipif(not any(IMAGENETTE.glob("imagenette2*/train")),
+                    reason=f"Imagenette not found under {IMAGENETTE} (set SGDROP_DATA_ROOT to test on real data)")
+def test_one_epoch_on_real_imagenette(tmp_path):
+    out = tmp_path / "real"
+    code = train.main(["--out", str(out), *sets(
+        "dataset.name=imagenette", f"dataset.root={IMAGENETTE}", "dataset.image_size=32", "dataset.per_class=5",
+        "dataset.val_per_class=2", "model.width=0.125",  # default ./cache: decoded once, reused by later runs
+        "train.epochs=1", "train.batch_size=25", "method.name=sgdrop", "eval.examples=2", "eval.history_subset=100")])
+    assert code == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["data"]["images"] == {"train": 50, "val": 20, "test": 3925}
+    assert result["metrics"]["feature_shape"] == [64, 2, 2]
+    assert 0 <= result["metrics"]["attr_area_ratio"] <= 1
