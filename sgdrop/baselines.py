@@ -110,10 +110,21 @@ def _keep_below_top_share(scores: Tensor, share: float) -> Tensor:
 
 
 class DropBlock(RegularizedClassifier):
+    """DropBlock; on a map smaller than `block_size` the block shrinks to the largest odd size that fits
+    (torchvision requires an odd block)."""
+
     def __init__(self, encoder: nn.Module, head: nn.Module, p: float = 0.1, block_size: int = 3):
         super().__init__(encoder, head)
         _check_rate("p", p)
-        self.dropblock = torchvision.ops.DropBlock2d(p, block_size)
+        self.p = p
+        self.block_size = block_size
 
     def regularize(self, z: Tensor, x: Tensor, target: Tensor) -> Tensor:
-        return self.dropblock(z)
+        fits = min(self.block_size, *z.shape[2:])
+        block = fits if fits % 2 else fits - 1
+        if block < 1:
+            return z
+        return torchvision.ops.drop_block2d(z, self.p, block, training=True)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, block_size={self.block_size}"

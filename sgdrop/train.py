@@ -95,11 +95,15 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 def eval_batches(split: ImageTensors, data: ImageSplits, batch_size: int, device: torch.device,
                  limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Normalised (x, y) batches of `split` in order, optionally only its first `limit` images."""
-    n = len(split.labels) if limit is None else min(limit, len(split.labels))
-    for start in range(0, n, batch_size):
-        x = split.images[start:min(n, start + batch_size)].to(device, non_blocking=True)
-        y = split.labels[start:min(n, start + batch_size)].to(device, non_blocking=True)
+    """Normalised (x, y) batches of `split`, or of a fixed subset of `limit` of its images.
+
+    Splits are sorted by class, so the subset is evenly spaced over the split (hence balanced over
+    classes), not its first `limit` images, and it is the same at every epoch and in every run."""
+    n = len(split.labels)
+    index = torch.arange(n) if limit is None or limit >= n else torch.linspace(0, n - 1, limit).round().long()
+    for chunk in index.split(batch_size):
+        x = split.images[chunk].to(device, non_blocking=True)
+        y = split.labels[chunk].to(device, non_blocking=True)
         yield to_model_input(normalize(x, data.mean, data.std), device), y
 
 

@@ -96,3 +96,10 @@ def test_pretrained_weights_never_download(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(FileNotFoundError, match="model.pretrained=false"):
         models.build("resnet18", 10, pretrained=True)
+
+
+def test_dropblock_fits_small_maps():
+    model = build_method("dropblock", *small_pair(), p=0.3, block_size=5).train()
+    for size in (1, 2, 4):
+        z = torch.ones(2, 8, size, size)
+        assert model.regularize(z, None, None).shape == z.shape

@@ -148,3 +148,12 @@ def test_one_epoch_on_real_imagenette(tmp_path):
     assert result["data"]["images"] == {"train": 50, "val": 20, "test": 3925}
     assert result["metrics"]["feature_shape"] == [64, 2, 2]
     assert 0 <= result["metrics"]["attr_area_ratio"] <= 1
+
+
+def test_history_subset_is_spread_over_classes():
+    from sgdrop.data import ImageSplits, ImageTensors
+    labels = torch.arange(10).repeat_interleave(30)  # sorted by class, as the splits are
+    split = ImageTensors(torch.zeros(300, 3, 4, 4, dtype=torch.uint8), labels, torch.arange(300))
+    data = ImageSplits(split, split, split, [str(c) for c in range(10)], (0.5,) * 3, (0.5,) * 3, {})
+    seen = torch.cat([y for _, y in train.eval_batches(split, data, 16, torch.device("cpu"), limit=50)])
+    assert len(seen) == 50 and torch.bincount(seen).tolist() == [5] * 10
