@@ -20,7 +20,9 @@ import pandas as pd
 import yaml
 
 from . import results as R
-from .tables import DASH, atomic_write, group_stats, overfocus_frame, select_tuned
+from sgdrop.io import write_text
+
+from .tables import DASH, group_stats, overfocus_frame, select_tuned
 
 CLAIMS_FILE = Path(__file__).with_name("reported.yaml")
 VERDICTS = ("holds", "holds in direction only", "does not hold", "not run yet")
@@ -268,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.results)
     out = Path(args.out) if args.out else root / "tables"
     table = compare(R.load_results(root), R.load_overhead(root), load_claims(args.claims))
-    atomic_write(out / "reported_vs_reproduced.md", to_markdown(table))
-    atomic_write(out / "reported_vs_reproduced.csv", table.to_csv(index=False, lineterminator="\n"))
+    write_text(out / "reported_vs_reproduced.md", to_markdown(table))
+    write_text(out / "reported_vs_reproduced.csv", table.to_csv(index=False, lineterminator="\n"))
     for r in table.itertuples():
         print(f"{r.id}: {r.verdict}")
     print(f"wrote {out / 'reported_vs_reproduced.md'}")

@@ -11,9 +11,7 @@ its title. Error bars are standard errors over seeds; single seeds are drawn as 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,6 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+
+from sgdrop.io import atomic_path  # noqa: E402
 
 from . import results as R  # noqa: E402
 from .results import EXPERIMENTS  # noqa: E402
@@ -132,7 +132,7 @@ def fig_overfocus_dynamics(inp: Inputs) -> plt.Figure:
     for ax in axes:
         ax.legend(title="train images / class")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    _title(fig, "Overfocusing: attribution area shrinks as the gap grows (cf. paper Fig. 1)", runs, profile,
+    _title(fig, "Overfocusing dynamics: attribution area and generalisation gap per epoch (cf. paper Fig. 1)", runs, profile,
            extra="lines: mean ± se over seeds; settings differ in training images per class")
     return fig
 
@@ -350,19 +350,12 @@ FIGURES: dict[str, tuple[Callable[[Inputs], plt.Figure], str]] = {
 
 # ------------------------------------------------------------------------------------------- writing
 def save_figure(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
-    """PNG and PDF, each written to a temporary file and moved into place."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """PNG and PDF, each written atomically (temporary file, then rename)."""
     paths = []
     for ext in ("png", "pdf"):
         path = out_dir / f"{name}.{ext}"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=f".{ext}")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, format=ext, dpi=150)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         paths.append(path)
     return paths
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from sgdrop.io import write_text
 
 from . import results as R
 from .results import EXPERIMENTS, SETTING
@@ -434,19 +434,6 @@ def build_tables(results: list[dict], overhead: list[dict] | None = None,
 
 
 # ------------------------------------------------------------------------------------------- writing
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def to_markdown(table: Table) -> str:
     # disable_numparse: keep our formatting ("100.0", "0.50") instead of tabulate's re-parsed numbers
     body = table.display.to_markdown(index=False, disable_numparse=True)
@@ -485,7 +472,7 @@ def write_table(table: Table, out_dir: Path) -> list[Path]:
     paths = []
     for ext, render in (("md", to_markdown), ("csv", to_csv), ("tex", to_latex)):
         path = Path(out_dir) / f"{table.name}.{ext}"
-        atomic_write(path, render(table))
+        write_text(path, render(table))
         paths.append(path)
     return paths
 

@@ -222,3 +222,12 @@ def test_figures_with_no_results_skip(tmp_path, capsys):
 if __name__ == "__main__":
     update_golden()
     print(f"regenerated {EXPECTED}")
+
+
+def test_readme_blocks_are_filled_from_generated_tables(tmp_path):
+    from analysis.readme import splice
+    (tmp_path / "accuracy.md").write_text("# Title\n\n| a |\n|---|\n| 1 |\n", encoding="utf-8")
+    text = "intro\n<!-- table:accuracy -->\nold\n<!-- /table -->\n<!-- table:nosuch -->\nkeep\n<!-- /table -->\n"
+    filled, missing = splice(text, tmp_path)
+    assert "| 1 |" in filled and "old" not in filled and "keep" in filled
+    assert missing == ["nosuch"]
