@@ -10,7 +10,8 @@
 # while interrupted ones resume from their checkpoint. A run that fails does not stop the others; the
 # script then exits 1 at the end (bad input, such as a missing data set, stops at once with exit 2).
 # Environment: SGDROP_DATA_ROOT (default ../shared/data when it exists), SGDROP_IMAGENET_ROOT (paper
-# profile: adds the ImageNet runs), SGDROP_SLURM_PARTITION (--launcher slurm).
+# profile: adds the ImageNet runs), SGDROP_SLURM_PARTITION (--launcher slurm), SGDROP_RESULTS (default
+# results/) and SGDROP_FIGURES (default figures/).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
@@ -50,7 +51,8 @@ source scripts/ensure_env.sh
 if [[ -z "${SGDROP_DATA_ROOT:-}" && -d "$ROOT/../shared/data" ]]; then
   export SGDROP_DATA_ROOT="$(cd "$ROOT/../shared/data" && pwd)"
 fi
-RESULTS="${SGDROP_RESULTS:-results}"
+RESULTS="${SGDROP_RESULTS:-results}"  # runs, tables and the report go here
+FIGURES="${SGDROP_FIGURES:-figures}"
 START=$SECONDS
 FAILED=()
 
@@ -81,8 +83,10 @@ done
 if [[ ${#DRY[@]} -eq 0 ]]; then
   for step in tables figures compare; do
     if [[ -f "analysis/$step.py" ]]; then
-      echo "[run_all] === python -m analysis.$step --results $RESULTS ==="
-      python -m "analysis.$step" --results "$RESULTS" || FAILED+=("analysis.$step")
+      out="$RESULTS/tables"
+      [[ "$step" == figures ]] && out="$FIGURES"
+      echo "[run_all] === python -m analysis.$step --results $RESULTS --out $out ==="
+      python -m "analysis.$step" --results "$RESULTS" --out "$out" || FAILED+=("analysis.$step")
     else
       echo "[run_all] analysis/$step.py not found, skipped"
     fi

@@ -167,3 +167,33 @@ def test_yaml_is_only_safe_loaded_and_no_shell_is_built():
         text = path.read_text()
         assert not re.search(r"yaml\.(load|unsafe_load|full_load)\(", text), path
         assert "shell=True" not in text and "os.system(" not in text, path
+
+
+@pytest.mark.slow
+def test_run_all_killed_midway_then_rerun_has_every_run_once(tmp_path):
+    import os
+    import signal
+    import time
+
+    env = {**os.environ, "SGDROP_RESULTS": str(tmp_path / "results"), "SGDROP_FIGURES": str(tmp_path / "figures")}
+    cmd = [str(ROOT / "run_all.sh"), "--profile", "smoke", "--only", "02"]
+    runs = tmp_path / "results" / "runs" / "02_main_accuracy" / "smoke"
+    first = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(runs.glob("*/result.json")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # let the next run start, so it is killed mid-way
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert len(list(runs.glob("*/result.json"))) < 7, "killed before the end"
+
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    folders = sorted(p for p in runs.iterdir() if p.is_dir())
+    assert len(folders) == 7 and all((p / "result.json").exists() for p in folders)
+    labels = [json.loads((p / "result.json").read_text())["method_label"] for p in folders]
+    assert len(set(labels)) == len(labels), "every run exactly once"
+    table = (tmp_path / "results" / "tables" / "accuracy.md").read_text(encoding="utf-8")
+    assert "in progress" not in table and "not run" not in table
+    assert (tmp_path / "figures" / "accuracy.png").exists()
