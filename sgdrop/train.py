@@ -114,8 +114,8 @@ def to_model_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
-def train_batches(data: ImageSplits, batch_size: int, epoch: int, cfg: dict, dist: distributed.Info,
-                  device: torch.device) -> list[torch.Tensor]:
+def train_batches(data: ImageSplits, batch_size: int, epoch: int, cfg: dict,
+                  dist: distributed.Info) -> list[torch.Tensor]:
     """This rank's index batches for `epoch`. The order depends only on (seed, epoch), so a resumed
     run sees exactly the batches an uninterrupted one would."""
     sampler = torch.utils.data.DistributedSampler(range(len(data.train.labels)), num_replicas=dist.world_size,
@@ -139,10 +139,11 @@ def train_one_epoch(model, ddp_model, optimizer, scheduler, data, cfg, epoch, di
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen, step_time, data_time, window = 0, 0.0, 0.0, []
-    batches = train_batches(data, per_rank_batch, epoch, cfg, dist, device)
+    seen, data_time, window = 0, 0.0, []
+    batches = train_batches(data, per_rank_batch, epoch, cfg, dist)
     bar = tqdm(batches, desc=f"epoch {epoch}/{train_cfg['epochs']}", leave=False, disable=not dist.is_main or None,
                unit="batch", dynamic_ncols=True)
+    loop_start = time.perf_counter()
     for step, index in enumerate(bar, start=1):
         fetch_start = time.perf_counter()
         x = data.train.images[index].to(device, non_blocking=True)
@@ -150,8 +151,7 @@ def train_one_epoch(model, ddp_model, optimizer, scheduler, data, cfg, epoch, di
         if train_cfg["augment"]:
             x = augment(x, augment_rng)
         x = to_model_input(normalize(x, data.mean, data.std), device)
-        start = time.perf_counter()
-        data_time += start - fetch_start
+        data_time += time.perf_counter() - fetch_start
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = ddp_model(x, y)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=train_cfg["label_smoothing"])
@@ -160,7 +160,6 @@ def train_one_epoch(model, ddp_model, optimizer, scheduler, data, cfg, epoch, di
         optimizer.step()
         scheduler.step()
         model.after_step()
-        step_time += time.perf_counter() - start
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
@@ -169,9 +168,12 @@ def train_one_epoch(model, ddp_model, optimizer, scheduler, data, cfg, epoch, di
             check_finite(window, epoch, step)
             window = []
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
-                            img_s=f"{seen / max(step_time + data_time, 1e-9):.0f}")
+                            img_s=f"{seen / max(time.perf_counter() - loop_start, 1e-9):.0f}")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    # Step time is the loop's wall time (after the device has finished) less the batch preparation, so
+    # that asynchronous CUDA launches are not mistaken for finished steps.
+    step_time = time.perf_counter() - loop_start - data_time
     totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device)]))
     return {"train_loss": (totals[0] / totals[2]).item(), "train_acc_running": (totals[1] / totals[2]).item(),
             "steps": len(batches), "step_s": step_time, "data_s": data_time, "images": seen}
@@ -285,7 +287,7 @@ def run(cfg: dict, out: Path) -> dict[str, Any]:
         data_s = time.perf_counter() - data_start
     model = build_model(cfg, len(data.classes), device)
     ddp_model = distributed.wrap(model, dist, device)
-    steps_per_epoch = len(train_batches(data, train_cfg["batch_size"] // dist.world_size, 0, cfg, dist, device))
+    steps_per_epoch = len(train_batches(data, train_cfg["batch_size"] // dist.world_size, 0, cfg, dist))
     optimizer, scheduler = build_optimizer(model, train_cfg, steps_per_epoch)
     label = method_label(cfg["method"]["name"], cfg["method"])
 
