@@ -5,8 +5,10 @@
 
 One process, one model initialisation copied into every method, one fixed batch, one device. Each
 method's full training step (forward with the method, cross-entropy, backward, optimizer step,
-`after_step()`) is warmed up, then the steps are run round-robin, so a busy spell of a shared machine
-hits all methods alike; the table gives the median over repeats and its IQR. The SGDrop (ema) step is
+`after_step()`) is warmed up, then the steps are run in rounds, each method once per round in a
+shuffled order, so a busy spell of a shared machine hits all methods alike. The table gives each
+method's median step time over rounds and its IQR, and its ratio to vanilla taken per round (paired)
+with the median and IQR of those ratios. The SGDrop (ema) step is
 also split into its pieces, timed separately on the same data in the same rounds: the EMA encoder
 forward, the attribution (head forward and backward with respect to the feature map), the mask
 (top-k) and the EMA update; each share is the piece's median over the SGDrop (ema) step's median.
@@ -24,15 +26,16 @@ import torch
 import torch.nn.functional as F
 
 from sgdrop import models
-from sgdrop.benchmark import summarize, time_interleaved
+from sgdrop.benchmark import paired_ratio, summarize, time_interleaved
 from sgdrop.io import environment, write_json
 from sgdrop.methods import build_method
 from sgdrop.saliency_dropout import feature_attribution, saliency_mask
+from sgdrop.train import to_model_input
 
 PROFILES = {
     "smoke": dict(arch="vgg11", width=0.125, image_size=64, batch_size=8, device="cpu", repeats=3, warmup=1,
                   small_input=True, bf16=False, channels_last=True),
-    "mini": dict(arch="vgg11", width=0.25, image_size=64, batch_size=32, device="cpu", repeats=40, warmup=3,
+    "mini": dict(arch="vgg11", width=0.25, image_size=64, batch_size=32, device="cpu", repeats=60, warmup=3,
                  small_input=True, bf16=False, channels_last=True),
     "paper": dict(arch="vgg16", width=1.0, image_size=224, batch_size=128, device="cuda", repeats=50, warmup=10,
                   small_input=False, bf16=True, channels_last=True),
@@ -126,10 +129,11 @@ def sgdrop_pieces(model, x, y, device, bf16):
 
 
 def markdown_table(methods: dict) -> str:
-    lines = ["| method | median step (ms) | IQR (ms) | ratio to vanilla |", "|---|---:|---:|---:|"]
+    lines = ["| method | median step (ms) | IQR (ms) | ratio to vanilla (paired median) | ratio IQR |",
+             "|---|---:|---:|---:|---:|"]
     for label, row in methods.items():
         lines.append(f"| {label} | {row['median_step_s'] * 1e3:.1f} | {row['iqr_s'] * 1e3:.1f} "
-                     f"| {row['ratio_to_vanilla']:.3f} |")
+                     f"| {row['ratio_to_vanilla']:.3f} | {row['ratio_iqr']:.3f} |")
     return "\n".join(lines)
 
 
@@ -149,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     encoder, head = models.build(args.arch, NUM_CLASSES, args.width, small_input=args.small_input)
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
-    if args.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    # The input's layout is the engine's (channels-last on CUDA, as loaded on the CPU, where the
+    # channels-last weights decide the convolutions' layout).
+    x = to_model_input(torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device), device)
     y = torch.randint(0, NUM_CLASSES, (args.batch_size,), device=device)
 
     steps, nets = {}, {}
@@ -168,10 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     times = time_interleaved({**steps, **pieces}, device, args.repeats, args.warmup)
 
     summary = {name: summarize(t) for name, t in times.items()}
-    vanilla = summary["vanilla"]["median_s"]
-    methods = {label: {"median_step_s": summary[label]["median_s"], "iqr_s": summary[label]["iqr_s"],
-                       "ratio_to_vanilla": summary[label]["median_s"] / vanilla,
-                       "method": METHODS[label][0], "options": METHODS[label][1]} for label in steps}
+    methods = {}
+    for label in steps:
+        ratio = paired_ratio(times[label], times["vanilla"])
+        methods[label] = {"median_step_s": summary[label]["median_s"], "iqr_s": summary[label]["iqr_s"],
+                          "ratio_to_vanilla": ratio["ratio"], "ratio_iqr": ratio["ratio_iqr"],
+                          "method": METHODS[label][0], "options": METHODS[label][1]}
     sgdrop_step = summary["sgdrop (ema)"]["median_s"]
     breakdown = {f"{piece}_share": summary[piece]["median_s"] / sgdrop_step for piece in pieces}
     breakdown.update({f"{piece}_median_s": summary[piece]["median_s"] for piece in pieces})

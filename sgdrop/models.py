@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 import torchvision
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models import vgg as tv_vgg
 
 ARCHS = ("vgg11", "vgg16", "resnet18", "resnet50", "convnext_tiny")
@@ -69,7 +69,7 @@ def _vgg(arch, num_classes, width, batch_norm, small_input, head_dropout):
     hidden = max(64, int(round(4096 * width)))
     pool = 4 if small_input else 7  # the map's own size (4x4 at 64 px, 7x7 at 224 px): no upsampling
     head = nn.Sequential(
-        nn.AdaptiveAvgPool2d((pool, pool)), nn.Flatten(1),
+        PoolTo((pool, pool)), nn.Flatten(1),
         nn.Linear(channels * pool * pool, hidden), nn.ReLU(True), nn.Dropout(head_dropout),
         nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(head_dropout),
         nn.Linear(hidden, num_classes),
@@ -77,6 +77,20 @@ def _vgg(arch, num_classes, width, batch_norm, small_input, head_dropout):
     _init_vgg(encoder)
     _init_vgg(head)
     return encoder, head
+
+
+class PoolTo(nn.AdaptiveAvgPool2d):
+    """torchvision VGG's adaptive average pool, skipped when the map already has the output size.
+
+    The VGG head pools to the map's own size (7x7 at 224 px, 4x4 at 64 px with `small_input`), where
+    the pool is the identity; skipping it gives the same values and saves its backward pass, which
+    on the CPU costs as much as a small matmul (and SGDrop runs the head twice per step).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if tuple(x.shape[-2:]) == tuple(self.output_size):
+            return x
+        return super().forward(x)
 
 
 def _init_vgg(module: nn.Module) -> None:

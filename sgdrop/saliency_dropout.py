@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .base import RegularizedClassifier
 from .ema import EmaCopy
+from .folding import fold_batch_norm
 
 SALIENCIES = ("grad_x_activation", "gradient", "gradcam")
 ATTRIBUTION_SOURCES = ("ema", "online")
@@ -113,6 +114,11 @@ class SGDrop(RegularizedClassifier):
             # experiments/06_overhead.py; on CUDA the engine puts the whole model in channels-last).
             # Only the layout of the EMA buffers changes: they are saved, loaded and moved as before.
             self.ema.module.to(memory_format=torch.channels_last)
+        # The EMA encoder is only ever run in eval mode, so its batch norms fold into the convolutions
+        # (see sgdrop/folding.py); None when there is nothing to fold. Kept out of the module tree
+        # (it shares the EMA copy's tensors and owns none), so state_dict and .to() never see it.
+        self.__dict__["_ema_encoder_folded"] = fold_batch_norm(self.ema.module["encoder"]) \
+            if self.ema is not None else None
 
     def compute_mask(self, z: Tensor, x: Tensor, target: Tensor) -> Tensor:
         """The {0, 1} mask for the online feature map `z` of inputs `x`."""
@@ -124,8 +130,10 @@ class SGDrop(RegularizedClassifier):
 
     def ema_features(self, x: Tensor) -> Tensor:
         """The EMA copy's feature map z' of `x`, without an autograd graph."""
+        folded = self._ema_encoder_folded
+        encoder = folded if folded is not None else self.ema.module["encoder"]
         with torch.no_grad():
-            return self.ema.module["encoder"](x)
+            return encoder(x)
 
     def regularize(self, z: Tensor, x: Tensor, target: Tensor) -> Tensor:
         mask = self.compute_mask(z, x, target).to(z.dtype)

@@ -103,3 +103,12 @@ def test_dropblock_fits_small_maps():
     for size in (1, 2, 4):
         z = torch.ones(2, 8, size, size)
         assert model.regularize(z, None, None).shape == z.shape
+
+
+def test_vgg_head_pool_is_skipped_only_at_its_own_size():
+    pool = models.PoolTo((4, 4))
+    z = torch.randn(2, 8, 4, 4, requires_grad=True)
+    assert pool(z) is z  # the identity: no copy and no backward node
+    torch.testing.assert_close(pool(torch.ones(2, 8, 8, 8)), torch.ones(2, 8, 4, 4))
+    _, head = models.build("vgg11", 10, 0.125, small_input=True)
+    assert isinstance(head[0], models.PoolTo) and head[0].output_size == (4, 4)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sgdrop.benchmark import summarize, time_interleaved
+from sgdrop.benchmark import paired_ratio, summarize, time_interleaved
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "experiments" / "06_overhead.py"
@@ -63,11 +63,14 @@ def test_dry_run_launches_nothing(tmp_path):
     assert not any(tmp_path.rglob("*")), "a dry run writes nothing"
 
 
-def test_time_interleaved_runs_round_robin():
+def test_time_interleaved_runs_each_function_once_per_round_in_shuffled_order():
     calls = []
-    times = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                             __import__("torch").device("cpu"), repeats=3, warmup=1)
-    assert calls == ["a", "b"] * 4
-    assert [len(t) for t in times.values()] == [3, 3]
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+    times = time_interleaved(fns, __import__("torch").device("cpu"), repeats=6, warmup=1)
+    rounds = [calls[i:i + 4] for i in range(0, len(calls), 4)]
+    assert len(rounds) == 7 and all(sorted(r) == list("abcd") for r in rounds)
+    assert len({tuple(r) for r in rounds[1:]}) > 1, "the order changes between rounds"
+    assert [len(t) for t in times.values()] == [6] * 4
+    assert paired_ratio([2.0, 3.0, 10.0], [1.0, 2.0, 4.0]) == {"ratio": 2.0, "ratio_iqr": 0.5}
     assert summarize([1.0, 2.0, 3.0, 4.0, 5.0]) == {"median_s": 3.0, "iqr_s": 2.0}
     assert summarize([0.5]) == {"median_s": 0.5, "iqr_s": 0.0}

@@ -157,3 +157,16 @@ def test_history_subset_is_spread_over_classes():
     data = ImageSplits(split, split, split, [str(c) for c in range(10)], (0.5,) * 3, (0.5,) * 3, {})
     seen = torch.cat([y for _, y in train.eval_batches(split, data, 16, torch.device("cpu"), limit=50)])
     assert len(seen) == 50 and torch.bincount(seen).tolist() == [5] * 10
+
+
+def test_compile_option_compiles_in_place_and_keeps_state_dict_keys():
+    from sgdrop.config import defaults
+    cfg = defaults()
+    cfg["model"].update(width=0.125, small_input=True)
+    cfg["method"]["name"] = "sgdrop"
+    plain = train.build_model(cfg, 4, torch.device("cpu"))
+    cfg["train"]["compile"] = True
+    compiled = train.build_model(cfg, 4, torch.device("cpu"))
+    assert plain.encoder._compiled_call_impl is None  # nn.Module.compile() sets it; nothing runs here
+    assert compiled.encoder._compiled_call_impl is not None and compiled.head._compiled_call_impl is not None
+    assert list(compiled.state_dict()) == list(plain.state_dict())
