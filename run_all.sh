@@ -5,7 +5,7 @@
 #
 # Profiles (experiments/profiles.yaml): smoke = everything in miniature on synthetic data (CI, minutes);
 # mini (default) = real Imagenette at 64 px on a CPU (under an hour on 2 cores); paper = 224 px on GPUs.
-# Experiments 01..06 run in order, then analysis.tables, analysis.figures and analysis.compare. Each run
+# Experiments 01..07 run in order, then analysis.tables, analysis.figures and analysis.compare. Each run
 # lives in its own folder named from its config: interrupt and re-run, and finished runs are skipped
 # while interrupted ones resume from their checkpoint. A run that fails does not stop the others; the
 # script then exits 1 at the end (bad input, such as a missing data set, stops at once with exit 2).
@@ -43,7 +43,7 @@ if [[ ${#NPROC[@]} -gt 0 ]]; then
   [[ "${NPROC[1]}" =~ ^[1-9][0-9]*$ ]] || die "--nproc expects a positive integer, got '${NPROC[1]}'"
 fi
 for nn in ${ONLY//,/ }; do
-  [[ "$nn" =~ ^0[1-6]$ ]] || die "--only expects experiment numbers 01..06, got '$nn'"
+  [[ "$nn" =~ ^0[1-7]$ ]] || die "--only expects experiment numbers 01..07, got '$nn'"
 done
 
 source scripts/ensure_env.sh
@@ -57,7 +57,7 @@ START=$SECONDS
 FAILED=()
 
 echo "[run_all] profile $PROFILE, launcher $LAUNCHER${DRY:+, dry run}; data root ${SGDROP_DATA_ROOT:-(engine default)}; results in $RESULTS/"
-for nn in 01 02 03 04 05 06; do
+for nn in 01 02 03 04 05 06 07; do
   if [[ -n "$ONLY" && ",$ONLY," != *",$nn,"* ]]; then continue; fi
   script="$(ls experiments/"$nn"_*.py 2>/dev/null | head -n 1 || true)"
   if [[ -z "$script" ]]; then

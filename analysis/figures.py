@@ -314,6 +314,29 @@ def fig_architectures(inp: Inputs) -> plt.Figure:
     return fig
 
 
+def fig_ema_decay(inp: Inputs) -> plt.Figure:
+    """Test accuracy and attribution ratio per EMA setting of SGDrop's mask (07), vanilla as reference."""
+    df, profile = _runs(inp, EXPERIMENTS["ema"])
+    df = df.assign(setting=_setting(df), method_label=df["method_label"].replace({"sgdrop": "sgdrop (default)"}))
+    # From no copy (online) through fixed decays to the default warm-up: the order the docstring of
+    # experiments/07_ema_decay.py reads in.
+    rank = df.assign(online=df["attribution"] != "online", warm=df["ema_warmup"].fillna(False).astype(bool))
+    order = list(dict.fromkeys(rank.sort_values(["online", "warm", "ema_decay"])["method_label"]))
+    vanilla = inp.frame[(inp.frame["method"] == "vanilla") & (inp.frame["profile"] == profile)
+                        & (inp.frame["experiment"] == EXPERIMENTS["main"])]
+    vanilla = vanilla[_setting(vanilla).isin(set(df["setting"]))] if not vanilla.empty else vanilla
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), constrained_layout=True)
+    for ax, y, scale, label in ((axes[0], "test_acc", 100, "test accuracy (%)"),
+                                (axes[1], "attr_area_ratio", 1, f"attribution area ratio ({_threshold_text(df)})")):
+        _bars(ax, df.assign(value=df[y] * scale), "method_label", "value", label, order, _hue_setting(df))
+        if not vanilla.empty:
+            ax.axhline(vanilla[y].mean() * scale, color="gray", ls="--", label=f"vanilla, 02 (n={len(vanilla)})")
+            ax.legend(fontsize=8)
+    _title(fig, "Which network should pick the mask? EMA decay, warm-up, online", df, profile,
+           extra="bars: mean ± se; points: seeds")
+    return fig
+
+
 def fig_overhead(inp: Inputs) -> plt.Figure:
     """Training-step time relative to vanilla (06), paper's ~1.33 marked."""
     if not inp.overhead:
@@ -345,6 +368,7 @@ FIGURES: dict[str, tuple[Callable[[Inputs], plt.Figure], str]] = {
     "attribution_methods": (fig_attribution_methods, "SGDrop with each saliency and the random control (04)"),
     "architectures": (fig_architectures, "vanilla vs SGDrop per architecture (05)"),
     "overhead": (fig_overhead, "training-step time relative to vanilla, paper's 1.33x marked (06)"),
+    "ema_decay": (fig_ema_decay, "SGDrop with each EMA decay, with and without warm-up, and online (07)"),
 }
 
 

@@ -29,6 +29,7 @@ EXPERIMENTS = {
     "attribution": "04_attribution_methods",
     "architectures": "05_architectures",
     "overhead": "06_overhead",
+    "ema": "07_ema_decay",
 }
 
 # Profiles from the most to the least faithful: figures and compare use the best one present.
@@ -41,7 +42,7 @@ SETTING = ["profile", "dataset", "image_size", "per_class", "arch"]
 METHOD_ORDER = ["vanilla", "dropout", "spatial_dropout", "dropblock", "rsc", "random", "sgdrop"]
 
 # Hyper-parameters that may tell two runs with the same display label apart.
-HYPER = ["method", "p", "rho", "attribution", "saliency", "ema_decay", "rescale"]
+HYPER = ["method", "p", "rho", "attribution", "saliency", "ema_decay", "ema_warmup", "rescale"]
 
 UNTAGGED = "(untagged)"
 
@@ -187,6 +188,7 @@ def run_row(run: dict) -> dict:
         "attribution": get(c, "method.attribution"),
         "saliency": get(c, "method.saliency"),
         "ema_decay": _num(get(c, "method.ema_decay")),
+        "ema_warmup": get(c, "method.ema_warmup"),
         "rescale": get(c, "method.rescale"),
         "epochs": get(c, "train.epochs"),
         "seed": get(c, "train.seed"),
@@ -213,7 +215,9 @@ def run_row(run: dict) -> dict:
     if row["method"] not in ("sgdrop", "random"):
         row["rho"] = math.nan
     if row["method"] != "sgdrop":
-        row.update(attribution=None, saliency=None, ema_decay=math.nan, rescale=None)
+        row.update(attribution=None, saliency=None, ema_decay=math.nan, ema_warmup=None, rescale=None)
+    elif row["attribution"] == "online":  # no EMA copy: its settings do not describe the run
+        row.update(ema_decay=math.nan, ema_warmup=None)
     return row
 
 

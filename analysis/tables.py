@@ -267,6 +267,12 @@ def table_architectures(df: pd.DataFrame, incomplete: pd.DataFrame | None = None
     return _vs_vanilla(t, "test_acc", "delta_test_acc", "diff")
 
 
+def table_ema_decay(df: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.DataFrame:
+    """07: SGDrop with each EMA decay, with and without warm-up, and the online mode."""
+    return group_stats(_of(df, EXPERIMENTS["ema"]), ["test_acc", "train_acc", "attr_area_ratio"],
+                       incomplete=incomplete)
+
+
 def overfocus_frame(results: list[dict]) -> pd.DataFrame:
     """01, one row per run: attribution ratio at epoch 0 and at the last epoch that measured it
     (the same fixed test subset, so the two are comparable), and the final train-test gap."""
@@ -420,6 +426,11 @@ def build_tables(results: list[dict], overhead: list[dict] | None = None,
         "last conv layer, t = 0.5, mean over inputs.", table_architectures(df, incomplete),
         [*SK, "method_label"], ["test_acc", "delta_test_acc", "attr_area_ratio", "cov_last", "wall_s"],
         running_of(EXPERIMENTS["architectures"]))
+    add("ema_decay", "EMA copy of the mask (07_ema_decay)",
+        "SGDrop with a fixed EMA decay (no warm-up), the default (0.99 with warm-up: decay "
+        "min(0.99, (1+t)/(10+t)) at step t) and the online mode (no EMA copy).",
+        table_ema_decay(df, incomplete), [*SK, "method_label"], ["test_acc", "train_acc", "attr_area_ratio"],
+        running_of(EXPERIMENTS["ema"]))
     oh = table_overhead(overhead or [])
     if not oh.empty:
         notes = [f"{Path(o['path']).name}: SGDrop (ema) step = attribution "
@@ -478,7 +489,7 @@ def write_table(table: Table, out_dir: Path) -> list[Path]:
 
 
 EXPECTED = ["accuracy", "accuracy_full", "attribution", "coverage", "overfocus", "rho_ablation",
-            "attribution_methods", "architectures", "overhead"]
+            "attribution_methods", "architectures", "overhead", "ema_decay"]
 
 
 def main(argv: list[str] | None = None) -> int:

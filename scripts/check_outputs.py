@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 from analysis.figures import FIGURES  # noqa: E402
 
 TABLES = ["accuracy", "accuracy_full", "attribution", "coverage", "overfocus", "rho_ablation",
-          "attribution_methods", "architectures", "overhead", "reported_vs_reproduced"]
+          "attribution_methods", "architectures", "overhead", "ema_decay", "reported_vs_reproduced"]
 
 
 def main() -> int:

@@ -38,7 +38,8 @@ def method_hparams(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def method_label(name: str, options: dict[str, Any]) -> str:
-    """Short display label of a configured method, e.g. 'dropout p=0.5', 'sgdrop (online)'."""
+    """Short display label of a configured method, e.g. 'dropout p=0.5', 'sgdrop (online)',
+    'sgdrop ema=0.9 no-warmup' (defaults are left out)."""
     if name in ("dropout", "spatial_dropout", "dropblock", "rsc"):
         return f"{name} p={options.get('p')}"
     if name == "random":
@@ -54,5 +55,10 @@ def method_label(name: str, options: dict[str, Any]) -> str:
             label += f" ({', '.join(extras)})"
         if options.get("rho", 0.01) != 0.01:
             label += f" rho={options['rho']}"
+        if options.get("attribution", "ema") == "ema":  # the EMA settings only matter with an EMA copy
+            if options.get("ema_decay", 0.99) != 0.99:
+                label += f" ema={options['ema_decay']:g}"
+            if not options.get("ema_warmup", True):
+                label += " no-warmup"
         return label
     return name

@@ -142,9 +142,11 @@ def test_frame_columns():
     df = R.to_frame(R.load_results(FIXTURES))
     for col in ["experiment", "profile", "dataset", "image_size", "per_class", "arch", "width", "method",
                 "method_label", "rho", "p", "attribution", "saliency", "seed", "test_acc", "val_acc", "train_acc",
-                "attr_area_ratio", "cov_last_mean_t0.5", "cov_all_union_t0.75", "wall_s"]:
+                "attr_area_ratio", "cov_last_mean_t0.5", "cov_all_union_t0.75", "wall_s", "ema_decay", "ema_warmup"]:
         assert col in df, col
-    assert len(df) == 11 and len(R.load_overhead(FIXTURES)) == 1
+    assert len(df) == 14 and len(R.load_overhead(FIXTURES)) == 1
+    online = df[df["attribution"] == "online"]
+    assert len(online) == 1 and online["ema_decay"].isna().all(), "the online mode has no EMA settings"
 
 
 # -------------------------------------------------------------------------------------------- compare

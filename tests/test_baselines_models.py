@@ -58,6 +58,9 @@ def test_labels():
     assert method_label("dropout", {"p": 0.5}) == "dropout p=0.5"
     assert method_label("sgdrop", {"rho": 0.01, "attribution": "ema"}) == "sgdrop"
     assert method_label("sgdrop", {"rho": 0.05, "attribution": "online"}) == "sgdrop (online) rho=0.05"
+    assert method_label("sgdrop", {"ema_decay": 0.99, "ema_warmup": True}) == "sgdrop"
+    assert method_label("sgdrop", {"ema_decay": 0.0, "ema_warmup": False}) == "sgdrop ema=0 no-warmup"
+    assert method_label("sgdrop", {"attribution": "online", "ema_decay": 0.9}) == "sgdrop (online)"
 
 
 @pytest.mark.parametrize("arch,expected", [("vgg11", [512, 7, 7]), ("vgg16", [512, 7, 7]),
