@@ -62,12 +62,17 @@ def torch_save(obj: Any, path: str | Path) -> None:
 
 
 def git_state(repo: Path | None = None) -> dict[str, Any]:
-    """Commit and dirtiness of the git tree the package runs from (None outside a git checkout)."""
+    """Commit and dirtiness of the git tree the package runs from (None outside a git checkout).
+
+    Dirty means uncommitted changes to tracked files other than the outputs (results/, figures/ and
+    README.md, whose tables analysis.readme rewrites): a run of ./run_all.sh writes those while it
+    goes, and they say nothing about the code that produced a result."""
     repo = repo or Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                                 check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results", ":(exclude)figures", ":(exclude)README.md"], cwd=repo,
                                capture_output=True, text=True, check=True, timeout=10).stdout.strip() != ""
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}

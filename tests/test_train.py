@@ -170,3 +170,19 @@ def test_compile_option_compiles_in_place_and_keeps_state_dict_keys():
     assert plain.encoder._compiled_call_impl is None  # nn.Module.compile() sets it; nothing runs here
     assert compiled.encoder._compiled_call_impl is not None and compiled.head._compiled_call_impl is not None
     assert list(compiled.state_dict()) == list(plain.state_dict())
+
+
+def test_git_state_ignores_outputs_but_not_code(tmp_path):
+    from sgdrop.io import git_state
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    for name in ("code.py", "results/r.json", "README.md"):
+        (tmp_path / name).write_text("a\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    (tmp_path / "results" / "r.json").write_text("b\n")
+    (tmp_path / "README.md").write_text("b\n")
+    assert git_state(tmp_path)["git_dirty"] is False
+    (tmp_path / "code.py").write_text("b\n")
+    assert git_state(tmp_path)["git_dirty"] is True
