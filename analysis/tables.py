@@ -63,6 +63,7 @@ METRICS = {
     "wall_s": ("Wall time (s)", 1, 0),
     "median_step_s": ("Median step (ms)", 1000, 1),
     "ratio_to_vanilla": ("× vanilla", 1, 2),
+    "ratio_iqr": ("IQR of × vanilla", 1, 2),
 }
 KEY_HEADERS = {"profile": "Profile", "dataset": "Data set", "image_size": "Px", "per_class": "Per class",
                "arch": "Arch.", "method_label": "Method", "rho": "ρ", "saliency": "Saliency",
@@ -300,7 +301,8 @@ def table_overfocus(results: list[dict], incomplete: pd.DataFrame | None = None)
 
 
 def table_overhead(overhead: list[dict]) -> pd.DataFrame:
-    """06: median training-step time of each method and its ratio to vanilla, per benchmark file."""
+    """06: median training-step time of each method, its ratio to vanilla (median of the per-round
+    ratios in files that have them) and that ratio's IQR, per benchmark file."""
     rows = []
     for o in overhead:
         cfg = o.get("config", {})
@@ -308,7 +310,7 @@ def table_overhead(overhead: list[dict]) -> pd.DataFrame:
             rows.append({"device": cfg.get("device"), "arch": cfg.get("arch"), "image_size": cfg.get("image_size"),
                          "batch_size": cfg.get("batch_size"), "method_label": label,
                          "median_step_s_mean": m.get("median_step_s"), "ratio_to_vanilla_mean": m.get("ratio_to_vanilla"),
-                         "file": Path(o["path"]).name})
+                         "ratio_iqr_mean": m.get("ratio_iqr"), "file": Path(o["path"]).name})
     return pd.DataFrame(rows)
 
 
@@ -433,13 +435,16 @@ def build_tables(results: list[dict], overhead: list[dict] | None = None,
         running_of(EXPERIMENTS["ema"]))
     oh = table_overhead(overhead or [])
     if not oh.empty:
-        notes = [f"{Path(o['path']).name}: SGDrop (ema) step = attribution "
-                 f"{o['sgdrop_breakdown'].get('attribution_share', math.nan):.0%} + mask "
-                 f"{o['sgdrop_breakdown'].get('mask_share', math.nan):.0%} + the rest"
+        notes = [f"{Path(o['path']).name}: shares of the SGDrop (ema) step: " + ", ".join(
+                     f"{piece.replace('_', ' ')} {o['sgdrop_breakdown'][f'{piece}_share']:.1%}"
+                     for piece in ("ema_forward", "attribution", "mask", "ema_update")
+                     if f"{piece}_share" in o["sgdrop_breakdown"]) + "; the rest is the step vanilla also takes"
                  for o in overhead if o.get("sgdrop_breakdown")]
         add("overhead", "Training-step overhead (06_overhead)",
-            "Median wall-clock time of one training step, and its ratio to vanilla's.", oh,
-            ["device", "arch", "image_size", "batch_size", "method_label"], ["median_step_s", "ratio_to_vanilla"],
+            "Median wall-clock time of one training step, and its ratio to vanilla's (median of the ratios "
+            "taken in each round, methods in a shuffled order per round).", oh,
+            ["device", "arch", "image_size", "batch_size", "method_label"],
+            ["median_step_s", "ratio_to_vanilla"] + (["ratio_iqr"] if oh["ratio_iqr_mean"].notna().any() else []),
             notes, counts=False)
     return tables
 
