@@ -317,7 +317,8 @@ def fig_architectures(inp: Inputs) -> plt.Figure:
 def fig_ema_decay(inp: Inputs) -> plt.Figure:
     """Test accuracy and attribution ratio per EMA setting of SGDrop's mask (07), vanilla as reference."""
     df, profile = _runs(inp, EXPERIMENTS["ema"])
-    df = df.assign(setting=_setting(df), method_label=df["method_label"].replace({"sgdrop": "sgdrop (default)"}))
+    df = df.assign(setting=_setting(df), method_label=df["method_label"].replace(
+        {"sgdrop": "sgdrop ema=0.99 + warm-up (default)", "sgdrop no-warmup": "sgdrop ema=0.99 no-warmup"}))
     # From no copy (online) through fixed decays to the default warm-up: the order the docstring of
     # experiments/07_ema_decay.py reads in.
     rank = df.assign(online=df["attribution"] != "online", warm=df["ema_warmup"].fillna(False).astype(bool))

@@ -270,7 +270,7 @@ def table_architectures(df: pd.DataFrame, incomplete: pd.DataFrame | None = None
 
 def table_ema_decay(df: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.DataFrame:
     """07: SGDrop with each EMA decay, with and without warm-up, and the online mode."""
-    return group_stats(_of(df, EXPERIMENTS["ema"]), ["test_acc", "train_acc", "attr_area_ratio"],
+    return group_stats(_of(df, EXPERIMENTS["ema"]), ["test_acc", "val_acc", "train_acc", "attr_area_ratio"],
                        incomplete=incomplete)
 
 
@@ -431,7 +431,7 @@ def build_tables(results: list[dict], overhead: list[dict] | None = None,
     add("ema_decay", "EMA copy of the mask (07_ema_decay)",
         "SGDrop with a fixed EMA decay (no warm-up), the default (0.99 with warm-up: decay "
         "min(0.99, (1+t)/(10+t)) at step t) and the online mode (no EMA copy).",
-        table_ema_decay(df, incomplete), [*SK, "method_label"], ["test_acc", "train_acc", "attr_area_ratio"],
+        table_ema_decay(df, incomplete), [*SK, "method_label"], ["test_acc", "val_acc", "train_acc", "attr_area_ratio"],
         running_of(EXPERIMENTS["ema"]))
     oh = table_overhead(overhead or [])
     if not oh.empty:
