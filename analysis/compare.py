@@ -111,12 +111,21 @@ def _n(stats: pd.DataFrame, *labels: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- measures
-def accuracy_gain(df, results, overhead, p) -> Measured | None:
+def _treatment_vs_baseline(df, p, metrics: list[str]):
+    """(runs, caveat, per-label stats of ``metrics``, treatment label, baseline label) of the claim's
+    two methods, or None when neither ran."""
     runs, caveat = _pick(df, p["experiment"], p.get("prefer"), [p["treatment"], p["baseline"]])
     if runs.empty:
         return None
-    s = _stats(runs, ["test_acc"])
-    t, b = _label_of(s, p["treatment"]), _label_of(s, p["baseline"])
+    s = _stats(runs, metrics)
+    return runs, caveat, s, _label_of(s, p["treatment"]), _label_of(s, p["baseline"])
+
+
+def accuracy_gain(df, results, overhead, p) -> Measured | None:
+    found = _treatment_vs_baseline(df, p, ["test_acc"])
+    if found is None:
+        return None
+    runs, caveat, s, t, b = found
     value, se = _diff(s.loc[t], s.loc[b], "test_acc", 100)
     text = (f"{value:+.1f} ± {se:.1f} points ({s.loc[t, 'test_acc_mean']:.1%} vs "
             f"{s.loc[b, 'test_acc_mean']:.1%}; {_n(s, t, b)})")
@@ -124,11 +133,10 @@ def accuracy_gain(df, results, overhead, p) -> Measured | None:
 
 
 def attribution_ratio(df, results, overhead, p) -> Measured | None:
-    runs, caveat = _pick(df, p["experiment"], p.get("prefer"), [p["treatment"], p["baseline"]])
-    if runs.empty:
+    found = _treatment_vs_baseline(df, p, ["attr_area_ratio"])
+    if found is None:
         return None
-    s = _stats(runs, ["attr_area_ratio"])
-    t, b = _label_of(s, p["treatment"]), _label_of(s, p["baseline"])
+    runs, caveat, s, t, b = found
     value, se = _ratio(s.loc[t], s.loc[b], "attr_area_ratio")
     thr = "/".join(f"{x:g}" for x in sorted(runs["attr_threshold"].dropna().unique()))
     text = (f"{value:.2f}x ± {se:.2f} ({s.loc[t, 'attr_area_ratio_mean']:.3f} vs "

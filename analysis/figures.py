@@ -100,6 +100,13 @@ def _hue_setting(df: pd.DataFrame) -> str | None:
     return "setting" if df["setting"].nunique() > 1 else None
 
 
+def _vanilla_reference(inp: Inputs, profile: str, df: pd.DataFrame, experiments: list[str]) -> pd.DataFrame:
+    """Vanilla runs of ``experiments`` in ``profile`` and in the settings of ``df``: a reference line."""
+    f = inp.frame
+    vanilla = f[(f["method"] == "vanilla") & (f["profile"] == profile) & f["experiment"].isin(experiments)]
+    return vanilla[_setting(vanilla).isin(set(_setting(df)))] if not vanilla.empty else vanilla
+
+
 def _threshold_text(df: pd.DataFrame) -> str:
     ts = sorted(set(df["attr_threshold"].dropna()))
     return "Grad-CAM ≥ " + "/".join(f"{t:g}" for t in ts) if ts else "Grad-CAM threshold unknown"
@@ -266,9 +273,7 @@ def fig_rho_ablation(inp: Inputs) -> plt.Figure:
     df = df[df["rho"].notna()]
     if df.empty:
         raise Skip("no rho in 03_rho_ablation results")
-    vanilla = inp.frame[(inp.frame["method"] == "vanilla") & (inp.frame["profile"] == profile)
-                        & inp.frame["experiment"].isin([EXPERIMENTS["rho"], EXPERIMENTS["main"]])]
-    vanilla = vanilla[_setting(vanilla).isin(set(_setting(df)))] if not vanilla.empty else vanilla
+    vanilla = _vanilla_reference(inp, profile, df, [EXPERIMENTS["rho"], EXPERIMENTS["main"]])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for ax, y, scale, label in ((axes[0], "test_acc", 100, "test accuracy (%)"),
                                 (axes[1], "attr_area_ratio", 1, f"attribution area ratio ({_threshold_text(df)})")):
@@ -323,9 +328,7 @@ def fig_ema_decay(inp: Inputs) -> plt.Figure:
     # experiments/07_ema_decay.py reads in.
     rank = df.assign(online=df["attribution"] != "online", warm=df["ema_warmup"].fillna(False).astype(bool))
     order = list(dict.fromkeys(rank.sort_values(["online", "warm", "ema_decay"])["method_label"]))
-    vanilla = inp.frame[(inp.frame["method"] == "vanilla") & (inp.frame["profile"] == profile)
-                        & (inp.frame["experiment"] == EXPERIMENTS["main"])]
-    vanilla = vanilla[_setting(vanilla).isin(set(df["setting"]))] if not vanilla.empty else vanilla
+    vanilla = _vanilla_reference(inp, profile, df, [EXPERIMENTS["main"]])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), constrained_layout=True)
     for ax, y, scale, label in ((axes[0], "test_acc", 100, "test accuracy (%)"),
                                 (axes[1], "attr_area_ratio", 1, f"attribution area ratio ({_threshold_text(df)})")):

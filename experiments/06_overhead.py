@@ -30,7 +30,7 @@ from sgdrop.benchmark import paired_ratio, summarize, time_interleaved
 from sgdrop.io import environment, write_json
 from sgdrop.methods import build_method
 from sgdrop.saliency_dropout import feature_attribution, saliency_mask
-from sgdrop.train import to_model_input
+from sgdrop.train import speed_up, to_model_input
 
 PROFILES = {
     "smoke": dict(arch="vgg11", width=0.125, image_size=64, batch_size=8, device="cpu", repeats=3, warmup=1,
@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--small-input", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile every method's encoder and head in place, as train.compile=true does")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's own, all cores)")
     parser.add_argument("--results", default="results/runs",
@@ -83,14 +85,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def output_path(args: argparse.Namespace) -> Path:
     device = torch.device(args.device).type
-    return Path(args.results).parent / "overhead" / f"overhead-{args.profile}-{args.arch}-{device}.json"
+    suffix = "-compile" if args.compile else ""
+    return Path(args.results).parent / "overhead" / f"overhead-{args.profile}-{args.arch}-{device}{suffix}.json"
 
 
 def config_of(args: argparse.Namespace) -> dict:
     return {"arch": args.arch, "width": args.width, "image_size": args.image_size, "batch_size": args.batch_size,
             "device": args.device, "dtype": "bfloat16" if args.bf16 else "float32", "repeats": args.repeats,
             "profile": args.profile, "warmup": args.warmup, "small_input": args.small_input,
-            "channels_last": args.channels_last, "threads": args.threads or torch.get_num_threads()}
+            "channels_last": args.channels_last, "compile": args.compile,
+            "threads": args.threads or torch.get_num_threads()}
 
 
 def make_step(model, x, y, device, bf16):
@@ -161,10 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     steps, nets = {}, {}
     for label, (name, options) in METHODS.items():
         net = build_method(name, copy.deepcopy(encoder), copy.deepcopy(head), **options)
-        net = net.to(device)  # as the engine does; without channels-last, layouts stay as the methods set them
-        if args.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        nets[label] = net.train()
+        # As the engine does; without channels-last, layouts stay as the methods set them.
+        nets[label] = speed_up(net.to(device), args.channels_last, args.compile).train()
         steps[label] = make_step(nets[label], x, y, device, args.bf16)
     pieces = sgdrop_pieces(nets["sgdrop (ema)"], x, y, device, args.bf16)
     print(f"timing {len(steps)} methods and {len(pieces)} SGDrop pieces, {args.repeats} rounds after "

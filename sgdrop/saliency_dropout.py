@@ -108,10 +108,10 @@ class SGDrop(RegularizedClassifier):
         self.ema = EmaCopy(nn.ModuleDict({"encoder": encoder, "head": head}), ema_decay, ema_warmup) \
             if attribution == "ema" else None
         if self.ema is not None:
-            # The EMA forward (no autograd, eval mode) is the price of the faithful method. oneDNN
-            # runs it ~1.75x faster on the CPU with channels-last conv weights, which make the
-            # convolutions channels-last whatever the input's layout (measured with
-            # experiments/06_overhead.py; on CUDA the engine puts the whole model in channels-last).
+            # The EMA forward (no autograd, eval mode) is the price of the faithful method. With
+            # contiguous conv weights oneDNN takes 1.76x as long for it on the CPU; channels-last
+            # weights make the convolutions channels-last whatever the input's layout (measured with
+            # scripts/sgdrop_cost.py; on CUDA the engine puts the whole model in channels-last).
             # Only the layout of the EMA buffers changes: they are saved, loaded and moved as before.
             self.ema.module.to(memory_format=torch.channels_last)
         # The EMA encoder is only ever run in eval mode, so its batch norms fold into the convolutions

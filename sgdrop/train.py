@@ -65,15 +65,20 @@ def build_model(cfg: dict, num_classes: int, device: torch.device) -> nn.Module:
     except FileNotFoundError as error:
         raise RunError(str(error)) from None
     model = build_method(cfg["method"]["name"], encoder, head, **cfg["method"]).to(device)
-    if cfg["train"]["channels_last"]:
+    return speed_up(model, cfg["train"]["channels_last"], cfg["train"]["compile"])
+
+
+def speed_up(model: nn.Module, channels_last: bool, compile: bool) -> nn.Module:
+    """The engine's speed settings (also used by experiments/06_overhead.py, so it times the same model)."""
+    if channels_last:
         # Faster on cuDNN and on the CPU alike (oneDNN: vanilla VGG11 step 134 -> 112 ms at 64 px,
         # experiments/06_overhead.py --channels-last); the weights' layout makes the convolutions run
         # channels-last whatever the input's layout.
         model = model.to(memory_format=torch.channels_last)
-    if cfg["train"]["compile"]:
+    if compile:
         # In place (nn.Module.compile), so state_dict keys, checkpoints and the EMA copy are unchanged.
-        # Off by default: on the 2-core CPU the VGG11 w0.25 step was 80 ms with or without it, after
-        # ~50 s of compilation; on GPUs it has not been measured yet.
+        # Off by default: no gain on the 2-core CPU (experiments/06_overhead.py --compile); on GPUs
+        # it has not been measured yet.
         model.encoder.compile()
         model.head.compile()
     return model
